@@ -1,5 +1,6 @@
 """FMRILatentDiffusionPipeline: sample synthetic fMRI patterns and reconstruct real ones."""
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,12 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
         """
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         folder = resolve_pretrained_path(pretrained_model_name_or_path, **hub_kwargs)
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            found = sorted(os.listdir(folder))[:10]
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is not a pipeline folder: it has no model_index.json (found {found}). "
+                "Pass the --output_dir of train_ldm.py or a folder written by save_pretrained."
+            )
         return super().from_pretrained(folder, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
@@ -136,6 +143,8 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
         cond_in = torch.cat([conditions, conditions]) if do_cfg and conditions is not None else conditions
         if cond_in is not None:
             cond_in = cond_in.to(self.denoiser.dtype)
+        # Only the stochastic schedulers (DDPM, ancestral, SDE solvers) take a generator in step().
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -148,10 +157,10 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
                 if do_cfg:
                     pred_cond, pred_uncond = pred.chunk(2)
                     pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
-                latents = self.scheduler.step(pred, t, latents, generator=generator).prev_sample
+                latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_kwargs = {k: {"latents": latents}[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()
@@ -214,6 +223,9 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
         self._check_steps_and_output(num_inference_steps, output_type)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got {sorted(unknown)}")
         class_labels, conditions = self._check_conditioning(batch_size, class_labels, conditions, guidance_scale)
 
         # 2. prepare latents: (B, latent_dim), fp32

@@ -15,6 +15,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.utils import BaseOutput
 
+from .modeling_utils import StrictLoadingMixin
+
 
 @dataclass
 class FMRIDenoiserOutput(BaseOutput):
@@ -44,7 +46,7 @@ class ResidualBlock(nn.Module):
         return h + self.skip(x)
 
 
-class FMRIDenoiser(ModelMixin, ConfigMixin):
+class FMRIDenoiser(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""Residual MLP denoiser over ``(batch, latent_dim)`` latents with optional conditioning.
 
     Parameters:

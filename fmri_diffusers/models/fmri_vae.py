@@ -16,6 +16,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .modeling_utils import StrictLoadingMixin
+
 _NORMS = ("batch", "layer", "none")
 
 
@@ -106,7 +108,7 @@ class VoxelStatistics(nn.Module):
         return self
 
 
-class FMRIVAE(ModelMixin, ConfigMixin):
+class FMRIVAE(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""MLP variational autoencoder mapping fMRI patterns ``(batch, n_voxels)`` to ``(batch, latent_dim)``.
 
     Parameters:

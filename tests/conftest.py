@@ -1,0 +1,20 @@
+"""Shared fixtures. Tests are CPU-only, seeded and offline."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_MAT = REPO_ROOT.parent / "shared" / "data" / "digit69_28x28.mat"
+
+
+@pytest.fixture
+def digit69_path() -> Path:
+    """The real digit69 fMRI file beside the repository; the test is skipped where it is absent."""
+    if not SHARED_MAT.is_file():
+        pytest.skip(f"real data not found at {SHARED_MAT}")
+    return SHARED_MAT
