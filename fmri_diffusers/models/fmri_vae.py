@@ -67,7 +67,8 @@ class FMRIVAEOutput(BaseOutput):
     """sample: reconstruction in model space (B, n_voxels); latent_dist: the posterior, for the KL term."""
 
     sample: torch.Tensor
-    latent_dist: GaussianPosterior
+    # A default lets accelerate's mixed-precision output conversion rebuild the dataclass from a dict.
+    latent_dist: GaussianPosterior | None = None
 
 
 def _norm_layer(kind: str, width: int) -> nn.Module:
