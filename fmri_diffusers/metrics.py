@@ -26,7 +26,6 @@ Groups
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -353,13 +352,20 @@ def fit_pca(train, n_components: int, seed: int = 0) -> PCA:
     return PCA(n_components=n, random_state=seed).fit(train)
 
 
-def frechet_distance(real_feats, gen_feats, eps: float = 1e-6) -> float:
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance matrix (negative rounding-error eigenvalues clipped to 0)."""
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(real_feats, gen_feats) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (the FID formula).
 
     ``||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` with sample covariances (ddof=1).
-    As in the reference FID code (pytorch-fid), ``eps`` is added to the diagonals when the
-    matrix square root is not finite, and a small imaginary part from numerical error is
-    dropped; a large one raises ``ValueError``.
+    ``tr((S1 S2)^(1/2))`` is computed as the sum of square roots of the eigenvalues of the symmetric
+    PSD matrix ``S1^(1/2) S2 S1^(1/2)``, which has the same spectrum as ``S1 S2``. Unlike
+    ``scipy.linalg.sqrtm(S1 @ S2)`` (pytorch-fid), it stays real and accurate for the rank-deficient,
+    ill-conditioned covariances of small held-out sets.
     """
     real_feats, gen_feats = _validate_pair(
         real_feats, gen_feats, ("real_feats", "gen_feats"), "frechet_distance", 2
@@ -367,24 +373,11 @@ def frechet_distance(real_feats, gen_feats, eps: float = 1e-6) -> float:
     mu1, mu2 = real_feats.mean(axis=0), gen_feats.mean(axis=0)
     s1 = np.atleast_2d(np.cov(real_feats, rowvar=False))
     s2 = np.atleast_2d(np.cov(gen_feats, rowvar=False))
-    with warnings.catch_warnings():
-        # Fewer samples than features (small held-out sets) make S1 S2 singular; sqrtm then
-        # warns, yet its trace is accurate (checked against eigenvalues in the tests).
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        max_imag = np.max(np.abs(np.diag(covmean).imag))
-        if max_imag > 1e-3:
-            raise ValueError(
-                f"frechet_distance: sqrtm(S1 S2) has an imaginary component of {max_imag:.3g}; "
-                "the covariances are too ill-conditioned (use fewer features)"
-            )
-        covmean = covmean.real
+    root1 = _psd_sqrt(s1)
+    eig = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
