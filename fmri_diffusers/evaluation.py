@@ -233,9 +233,12 @@ def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, samples, basel
     add("Voxel-by-voxel correlation structure", "correlation_structure", viz.plot_correlation_structure,
         test, {"model": samples, "pca_gaussian": baseline}, seed=seed)
     if isinstance(fmri.space, VolumeSpace):
+        # Patterns relative to the training mean, in training-SD units: raw BOLD maps show only the mean image.
         masker = fmri.space.masker
-        three_d = lambda v: masker.inverse_transform(v[None, :]).slicer[..., 0]  # noqa: E731
-        add("Brain maps: held-out, its reconstruction, a generated sample", "brain_maps", viz.plot_brain_maps,
+        z = lambda v: pipe.vae.normalize(torch.from_numpy(np.asarray(v)[None, :])).numpy()  # noqa: E731
+        three_d = lambda v: masker.inverse_transform(z(v)).slicer[..., 0]  # noqa: E731
+        add("Brain maps (z-scored with the training statistics): held-out, its reconstruction, a generated "
+            "sample", "brain_maps", viz.plot_brain_maps,
             [("held-out", three_d(test[0])), ("VAE reconstruction", three_d(vae_rec[0])),
              ("generated", three_d(samples[0]))])
     return figs

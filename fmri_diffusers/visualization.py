@@ -60,11 +60,17 @@ def plot_training_curves(logs, path=None, log_y: bool = False) -> Figure:
         Logarithmic y axes (for losses spanning decades).
     """
     curves = _group_logs(logs)
-    fig = Figure(figsize=(4.5 * len(curves), 3.2), layout="constrained")
-    for ax, (name, (steps, values)) in zip(np.atleast_1d(fig.subplots(1, len(curves))), curves.items()):
+    ncols = min(4, len(curves))
+    nrows = -(-len(curves) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, (name, (steps, values)) in zip(axes, curves.items()):
         ax.plot(steps, values, lw=1.2)
-        ax.set(title=name, xlabel="step", yscale="log" if log_y else "linear")
+        positive = np.all(values > 0)  # a log axis cannot show lr = 0 or negative values
+        ax.set(title=name, xlabel="step", yscale="log" if log_y and positive else "linear")
         ax.grid(alpha=0.3)
+    for ax in axes[len(curves):]:
+        ax.set_visible(False)
     return _finish(fig, path)
 
 
@@ -232,7 +238,11 @@ def plot_brain_maps(images: Sequence[tuple[str, object]], path=None, cut_coords=
                 f"{type(img).__name__} of shape {getattr(img, 'shape', None)}"
             )
     if isinstance(cut_coords, int):
-        cut_coords = plotting.find_cut_slices(images[0][1], direction="z", n_cuts=cut_coords)
+        # Evenly spaced axial slices through the volume (find_cut_slices repeats slices on small volumes).
+        img = images[0][1]
+        nx, ny, nz = img.shape
+        ks = np.unique(np.linspace(0, nz - 1, cut_coords + 2)[1:-1].round())
+        cut_coords = [float((img.affine @ [(nx - 1) / 2, (ny - 1) / 2, k, 1])[2]) for k in ks]
     vmax = max(float(np.abs(np.asanyarray(img.dataobj)).max()) for _, img in images) or 1.0
     fig = Figure(figsize=(2.2 * len(cut_coords) + 1.5, 2.4 * len(images)))
     for ax, (title, img) in zip(np.atleast_1d(fig.subplots(len(images), 1)), images):
