@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from accelerate.state import AcceleratorState
 
 import train_ldm
 import train_vae
@@ -37,17 +38,20 @@ def evaluation_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py evaluate section", allow_abbrev=False)
     parser.add_argument("--num_samples", type=int, default=None,
                         help="Samples to generate (default: as many as the training split, at least 100).")
-    parser.add_argument("--num_inference_steps", type=int, default=20)
+    parser.add_argument("--num_inference_steps", type=int, default=20,
+                        help="Denoising steps when sampling for the evaluation.")
     parser.add_argument("--scheduler", type=str, default="dpmsolver++", choices=list(SCHEDULERS),
                         help="Sampler swapped in for evaluation (built from the pipeline's scheduler config).")
-    parser.add_argument("--guidance_scale", type=float, default=1.0)
+    parser.add_argument("--guidance_scale", type=float, default=1.0,
+                        help="Classifier-free guidance weight for a conditional model (1 = none).")
     parser.add_argument("--n_pca", type=int, default=20, help="PCA components for FD, MMD, C2ST, precision/recall.")
     parser.add_argument("--n_boot", type=int, default=200, help="Bootstrap draws for confidence intervals.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of initialisation, batches and noise (each rank gets seed + rank).")
     return parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--config", type=str, required=True, help="YAML with the sections above.")
@@ -57,7 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default=None, help="Overrides the YAML's output_dir.")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="Retrain into folders that hold an earlier run (passed to both training scripts).")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def load_sections(path: str) -> dict:
@@ -94,6 +102,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.mode in ("train", "both"):
         # 1. the VAE
         train_vae.main(train_vae.parse_args(vae_argv + ["--output_dir", str(vae_dir), *overwrite]))
+        # accelerate keeps one process-wide state; the LDM section may ask for another mixed precision.
+        AcceleratorState._reset_state()
         # 2. the LDM on the VAE's latents (its data settings come from the VAE run)
         train_ldm.main(train_ldm.parse_args(
             ldm_argv + ["--pretrained_vae_model_name_or_path", str(vae_dir), "--output_dir", str(ldm_dir), *overwrite]

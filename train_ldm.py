@@ -87,21 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("diffusion")
     g.add_argument("--pretrained_vae_model_name_or_path", type=str, required=True,
                    help="train_vae.py output folder, VAE folder, pipeline folder or Hub repo id.")
-    g.add_argument("--ddpm_num_steps", type=int, default=1000)
-    g.add_argument("--ddpm_beta_schedule", type=str, default="linear", choices=["linear", "squaredcos_cap_v2"])
-    g.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"])
-    g.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR weighting gamma (5.0 is usual); off if unset.")
-    g.add_argument("--denoiser_hidden_dims", type=int, nargs="+", default=[512, 256])
-    g.add_argument("--layers_per_block", type=int, default=2)
-    g.add_argument("--time_embed_dim", type=int, default=256)
-    g.add_argument("--denoiser_dropout", type=float, default=0.0)
-    g.add_argument("--conditioning", type=str, default="none", choices=["none", "label", "subject"])
+    g.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps of the training noise schedule.")
+    g.add_argument("--ddpm_beta_schedule", type=str, default="linear", choices=["linear", "squaredcos_cap_v2"],
+                   help="Noise schedule: linear or cosine (squaredcos_cap_v2).")
+    g.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"],
+                   help="What the denoiser predicts: noise, velocity or the clean latent.")
+    g.add_argument("--snr_gamma", type=float, default=None,
+                   help="Min-SNR weighting gamma (5.0 is usual); off if unset.")
+    g.add_argument("--denoiser_hidden_dims", type=int, nargs="+", default=[512, 256],
+                   help="Widths of the denoiser's down path (the up path mirrors it).")
+    g.add_argument("--layers_per_block", type=int, default=2, help="Residual blocks per width.")
+    g.add_argument("--time_embed_dim", type=int, default=256, help="Width of the timestep / condition embedding.")
+    g.add_argument("--denoiser_dropout", type=float, default=0.0, help="Dropout inside the denoiser's residual blocks.")
+    g.add_argument("--conditioning", type=str, default="none", choices=["none", "label", "subject"],
+                   help="Condition the denoiser on the data's labels or subjects (classifier-free guidance at sampling).")
     g.add_argument("--condition_dropout", type=float, default=0.1,
                    help="Probability of training a sample unconditionally (classifier-free guidance).")
-    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=False,
+                   help="Keep an exponential moving average of the denoiser's weights and save it.")
     g.add_argument("--ema_decay", type=float, default=0.9999, help="Maximum EMA decay.")
-    g.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: decay = 1 - (1 + step / inv_gamma) ** -power.")
-    g.add_argument("--ema_power", type=float, default=3 / 4)
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0,
+                   help="EMA warm-up: decay = 1 - (1 + step / inv_gamma) ** -power.")
+    g.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up power (see --ema_inv_gamma).")
     return parser
 
 

@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(parser, default_output_dir="outputs/vae")
     add_data_args(parser)
     g = parser.add_argument_group("VAE")
-    g.add_argument("--latent_dim", type=int, default=64)
+    g.add_argument("--latent_dim", type=int, default=64, help="Size of the VAE latent vector.")
     g.add_argument("--hidden_dims", type=int, nargs="+", default=[512, 256], help="Encoder widths.")
-    g.add_argument("--norm", type=str, default="layer", choices=["batch", "layer", "none"])
-    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--norm", type=str, default="layer", choices=["batch", "layer", "none"],
+                   help="Normalisation after each hidden Linear layer.")
+    g.add_argument("--dropout", type=float, default=0.1, help="Dropout after each hidden layer of the VAE.")
     g.add_argument("--kl_weight", type=float, default=1.0, help="beta, on KL / n_kept_voxels (see the docstring).")
     g.add_argument("--kl_warmup_steps", type=int, default=0, help="Linear ramp of beta from 0 (0 = none).")
     return parser

@@ -68,43 +68,54 @@ def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> No
     """Flags of the training run, named as in diffusers' ``train_unconditional.py``."""
     g = parser.add_argument_group("run")
     g.add_argument("--config", type=str, default=None, help="YAML file whose keys are these flags' names.")
-    g.add_argument("--output_dir", type=str, default=default_output_dir)
+    g.add_argument("--output_dir", type=str, default=default_output_dir,
+                   help="Where the model, logs, checkpoints and data record are written.")
     g.add_argument("--overwrite_output_dir", action=argparse.BooleanOptionalAction, default=False,
                    help="Train into a folder that holds another run; its checkpoints and train log are removed.")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num_epochs", type=int, default=100)
+    g.add_argument("--seed", type=int, default=0,
+                   help="Seed of initialisation, batches and noise (each rank gets seed + rank).")
+    g.add_argument("--num_epochs", type=int, default=100, help="Epochs to train when --max_train_steps is not given.")
     g.add_argument("--max_train_steps", type=int, default=None,
                    help="Optimizer steps to train; overrides --num_epochs when given.")
     g.add_argument("--train_batch_size", type=int, default=64, help="Per device.")
-    g.add_argument("--eval_batch_size", type=int, default=256)
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
-    g.add_argument("--learning_rate", type=float, default=1e-4)
+    g.add_argument("--eval_batch_size", type=int, default=256,
+                   help="Batch size for validation and for encoding latents.")
+    g.add_argument("--dataloader_num_workers", type=int, default=0,
+                   help="DataLoader worker processes (0 reads in the main process).")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate of AdamW.")
     g.add_argument("--lr_scheduler", type=str, default="cosine",
                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                             "constant_with_warmup"])
-    g.add_argument("--lr_warmup_steps", type=int, default=500)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-6)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--lr_warmup_steps", type=int, default=500, help="Optimizer steps of linear warm-up.")
+    g.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    g.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    g.add_argument("--adam_weight_decay", type=float, default=1e-6, help="AdamW weight decay.")
+    g.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="Micro-batches accumulated per optimizer step.")
     g.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"],
                    help="fp16 needs a GPU; bf16 also works on CPUs.")
-    g.add_argument("--checkpointing_steps", type=int, default=500)
-    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--checkpointing_steps", type=int, default=500,
+                   help="Save a resumable checkpoint every N optimizer steps.")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None,
+                   help="Keep at most N checkpoints (oldest removed after a new one is complete); all if unset.")
     g.add_argument("--resume_from_checkpoint", type=str, default=None,
                    help="A checkpoint folder (path, or name inside --output_dir), or 'latest'. 'latest' with no "
                         "checkpoint yet starts a fresh run in a new or empty --output_dir (so one command both "
                         "starts and resumes a job); a named checkpoint that does not exist is an error.")
-    g.add_argument("--validation_steps", type=int, default=500)
+    g.add_argument("--validation_steps", type=int, default=500,
+                   help="Validate every N optimizer steps (and at the end).")
     g.add_argument("--report_to", type=str, default=None, choices=["tensorboard", "wandb", "all", "none"],
                    help="Default: tensorboard when it is installed, else none. wandb only when asked.")
     g.add_argument("--logging_dir", type=str, default="logs", help="Inside --output_dir.")
-    g.add_argument("--push_to_hub", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--push_to_hub", action=argparse.BooleanOptionalAction, default=False,
+                   help="Upload the final model and a model card to the Hub (never checkpoints or optimizer state).")
     g.add_argument("--hub_model_id", type=str, default=None, help="Default: the name of --output_dir.")
-    g.add_argument("--hub_token", type=str, default=None)
-    g.add_argument("--hub_private_repo", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--hub_token", type=str, default=None,
+                   help="Hub token (default: the one stored by `hf auth login`).")
+    g.add_argument("--hub_private_repo", action=argparse.BooleanOptionalAction, default=False,
+                   help="Create the Hub repo as private.")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -123,10 +134,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--split_gap", type=int, default=None, help=f"Samples dropped between contiguous blocks "
                                                                f"[{d['split_gap']}].")
     g.add_argument("--split_seed", type=int, default=None, help=f"Seed of random split choices [{d['split_seed']}].")
-    g.add_argument("--test_keys", type=str, nargs="+", default=None)
-    g.add_argument("--val_keys", type=str, nargs="+", default=None)
-    g.add_argument("--test_runs", type=int, nargs="+", default=None)
-    g.add_argument("--test_subjects", type=str, nargs="+", default=None)
+    g.add_argument("--test_keys", type=str, nargs="+", default=None,
+                   help="split=keys: the file keys held out for test (e.g. fmriTest).")
+    g.add_argument("--val_keys", type=str, nargs="+", default=None,
+                   help="split=keys: the file keys used for validation (default: a random val_fraction of the rest).")
+    g.add_argument("--test_runs", type=int, nargs="+", default=None,
+                   help="split=run: the runs held out for test (default: the last run).")
+    g.add_argument("--test_subjects", type=str, nargs="+", default=None,
+                   help="split=subject: the subjects held out for test (default: the last, sorted).")
 
 
 def resolve_data_args(args: argparse.Namespace, inherited: dict | None = None) -> None:
