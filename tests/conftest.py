@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -18,3 +19,7 @@ def digit69_path() -> Path:
     if not SHARED_MAT.is_file():
         pytest.skip(f"real data not found at {SHARED_MAT}")
     return SHARED_MAT
+
+
+# Tiny models run fastest on one thread, and tests that start subprocesses do not oversubscribe 2 cores.
+torch.set_num_threads(1)
