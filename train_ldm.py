@@ -285,8 +285,12 @@ def main(args: argparse.Namespace) -> dict:
                             layers_per_block=args.layers_per_block, time_embed_dim=args.time_embed_dim,
                             dropout=args.denoiser_dropout,
                             num_class_embeds=None if classes is None else len(classes))
+    # timestep_spacing only matters at sampling (it is saved with the pipeline): "trailing" starts every
+    # sampler at the last training step, t = T - 1. The default "leading" starts 10-step solvers at
+    # t = 900, from noise that is not yet pure (Lin et al. 2024; benchmarks/bench_sampling.py).
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
-                                    prediction_type=args.prediction_type, clip_sample=False)
+                                    prediction_type=args.prediction_type, clip_sample=False,
+                                    timestep_spacing="trailing")
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     max_steps = total_train_steps(args, len(train_idx), world)
