@@ -29,6 +29,10 @@ Output folder (``--output_dir``)::
 ``scaling_factor`` is 1 / std of posterior *samples* z = mu + sigma * eps over the training split (all
 latent dimensions pooled), computed in closed form, Var z = Var(mu) + E[sigma^2], so that the
 diffusion latents ``z * scaling_factor`` that train_ldm.py draws have unit variance.
+
+``noise_std`` (a buffer of the VAE) is the per-voxel RMS residual of posterior-mean reconstructions on
+the validation split: the std of p(x | z) = N(decode(z), noise_std^2). The pipeline samples from it,
+so generated patterns carry the noise real scans carry rather than only the smooth decoder mean.
 """
 
 import argparse
@@ -152,10 +156,29 @@ def latent_scaling_factor(vae: FMRIVAE, loader: DataLoader, device) -> float:
     return 1.0 / math.sqrt(s_mu2 / count - mean**2 + s_var / count)
 
 
-def save_vae(vae: FMRIVAE, path: Path, train_loader: DataLoader, device) -> float:
-    """Set ``scaling_factor`` from the training latents and save ``vae`` atomically; return the factor."""
+@torch.no_grad()
+def residual_noise_std(vae: FMRIVAE, loader: DataLoader, device) -> torch.Tensor:
+    """Per-voxel RMS residual of posterior-mean reconstructions over ``loader``'s data, in model space (n_voxels,).
+
+    This is the maximum-likelihood std of a Gaussian p(x | z) = N(decode(z), diag(s^2)) around the trained
+    decoder; measured on the validation split, it is not shrunk by overfitting to the training samples.
+    """
+    vae.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        x = vae.normalize(batch.to(device))
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        total = total + (recon.double() - x.double()).pow(2).sum(dim=0)
+        count += x.shape[0]
+    vae.train()
+    return (total / count).sqrt().float()
+
+
+def save_vae(vae: FMRIVAE, path: Path, train_loader: DataLoader, noise_loader: DataLoader, device) -> float:
+    """Set ``scaling_factor`` (training latents) and ``noise_std`` (``noise_loader``), save atomically; return the factor."""
     scaling_factor = latent_scaling_factor(vae, train_loader, device)
     vae.register_to_config(scaling_factor=scaling_factor)
+    vae.set_noise_std(residual_noise_std(vae, noise_loader, device))
     save_pretrained_atomically(vae, path)
     return scaling_factor
 
@@ -277,7 +300,7 @@ def main(args: argparse.Namespace) -> dict:
                     logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in final_val.items()))
                     if final_val["val/loss"] < best["best_val_loss"]:
                         best = {"best_val_loss": final_val["val/loss"], "best_step": global_step}
-                        save_vae(vae, out / "vae", eval_loader(train_idx), accelerator.device)
+                        save_vae(vae, out / "vae", eval_loader(train_idx), eval_loader(val_idx), accelerator.device)
                 accelerator.wait_for_everyone()
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, out, global_step, args.checkpoints_total_limit, best)
@@ -290,9 +313,12 @@ def main(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     summary = {"output_dir": str(out), "global_step": global_step, "world_size": world}
     if accelerator.is_main_process:
-        summary["scaling_factor"] = save_vae(vae, out / "vae_final", eval_loader(train_idx), accelerator.device)
+        # Observation noise is measured on the validation split; without one, on the (optimistic) training split.
+        noise_idx = val_idx if len(val_idx) else train_idx
+        summary["scaling_factor"] = save_vae(vae, out / "vae_final", eval_loader(train_idx), eval_loader(noise_idx),
+                                             accelerator.device)
         if not len(val_idx):
-            save_vae(vae, out / "vae", eval_loader(train_idx), accelerator.device)
+            save_vae(vae, out / "vae", eval_loader(train_idx), eval_loader(train_idx), accelerator.device)
         summary.update(best, final_val=final_val,
                        train_samples_per_second=timed_steps * args.train_batch_size * world * acc
                        / max(train_seconds, 1e-9))

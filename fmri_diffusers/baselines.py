@@ -142,9 +142,12 @@ def split_heldout(heldout, seed: int = 0, labels=None):
         return heldout[order[:half]], heldout[order[half:]]
     labels = validate_labels(labels, heldout.shape[0], "labels", "split_heldout")
     first, second = [], []
-    for label in np.unique(labels):
+    for i, label in enumerate(np.unique(labels)):
         rows = rng.permutation(np.flatnonzero(labels == label))
-        first.append(rows[: rows.size // 2])
-        second.append(rows[rows.size // 2 :])
+        # Odd class sizes give their extra row to alternating halves, so the halves stay balanced
+        # (5 + 5 of each class would otherwise give 4 + 4 vs 6 + 6).
+        cut = rows.size // 2 + (rows.size % 2) * (i % 2)
+        first.append(rows[:cut])
+        second.append(rows[cut:])
     first, second = np.concatenate(first), np.concatenate(second)
     return heldout[first], heldout[second], labels[first], labels[second]

@@ -166,13 +166,16 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
                 progress_bar.update()
         return latents
 
-    def _decode(self, latents, output_type, return_dict):
-        """Diffusion latents -> VAE decode -> user units, packaged as `output_type`."""
+    def _decode(self, latents, output_type, return_dict, observation_noise=False, generator=None):
+        """Diffusion latents -> VAE decode (+ observation noise) -> user units, packaged as `output_type`."""
         if output_type == "latent":
             samples = latents
         else:
             z = latents / self.vae.config.scaling_factor
-            samples = self.vae.denormalize(self.vae.decode(z.to(self.vae.dtype)).sample)  # (B, n_voxels) fp32
+            x = self.vae.decode(z.to(self.vae.dtype)).sample  # (B, n_voxels), model space
+            if observation_noise:
+                x = self.vae.sample_observation(x, generator)
+            samples = self.vae.denormalize(x)  # fp32, user units
             if output_type == "np":
                 samples = samples.cpu().numpy()
         self.maybe_free_model_hooks()
@@ -194,6 +197,7 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        observation_noise: bool = True,
     ) -> FMRIPipelineOutput | tuple:
         r"""
         Sample synthetic fMRI patterns.
@@ -214,6 +218,9 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): Called as `callback(pipe, step, timestep, kwargs)` after
                 each step; may return a dict replacing `latents`.
             callback_on_step_end_tensor_inputs (`list[str]`): Tensors passed to the callback (`"latents"`).
+            observation_noise (`bool`, defaults to `True`): Sample x ~ p(x | z): add the VAE's per-voxel residual
+                noise (`vae.voxel_stats.noise_std`, estimated on held-out data by `train_vae.py`) to the decoded
+                mean, as real scans carry it. `False` returns the decoder mean E[x | z] (smoother than real data).
 
         Examples:
         """
@@ -244,7 +251,7 @@ class FMRILatentDiffusionPipeline(DiffusionPipeline):
                                 generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
 
         # 4. decode to the user's units
-        return self._decode(latents, output_type, return_dict)
+        return self._decode(latents, output_type, return_dict, observation_noise, generator)
 
     @torch.no_grad()
     def reconstruct(

@@ -201,3 +201,22 @@ def test_vae_training_lowers_reconstruction_loss():
         loss.backward()
         opt.step()
     assert loss.item() < 0.3 * start, (start, loss.item())
+
+
+def test_observation_noise_has_the_stored_std_and_spares_masked_voxels():
+    vae = make_vae()
+    mask = torch.ones(N_VOXELS)
+    mask[0] = 0
+    vae.set_voxel_statistics(torch.zeros(N_VOXELS), torch.ones(N_VOXELS), mask)
+    std = torch.linspace(0.1, 2.0, N_VOXELS)
+    vae.set_noise_std(std)
+    assert vae.voxel_stats.noise_std[0] == 0  # masked-out voxels get no noise
+    mean = torch.full((20000, N_VOXELS), 3.0)
+    x = vae.sample_observation(mean, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x.mean(0)[1:], mean[0, 1:], atol=0.05, rtol=0)
+    torch.testing.assert_close(x.std(0)[1:], std[1:], rtol=0.03, atol=0)
+    assert (x[:, 0] == 3.0).all()
+    with pytest.raises(ValueError, match=r"noise_std must have shape \(30,\), got \(3,\)"):
+        vae.set_noise_std(torch.ones(3))
+    with pytest.raises(ValueError, match="noise_std must be finite and >= 0"):
+        vae.set_noise_std(-torch.ones(N_VOXELS))

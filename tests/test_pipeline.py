@@ -107,6 +107,22 @@ def test_output_types_shapes_and_units():
     np.testing.assert_array_equal(tuple_out, out_np)
 
 
+def test_observation_noise_adds_the_vae_residual_noise_in_data_units():
+    pipe = make_pipeline()
+    noise_std = torch.linspace(0.5, 1.0, N_VOXELS)
+    pipe.vae.set_noise_std(noise_std)
+    latents = torch.randn(1, LATENT, generator=torch.Generator().manual_seed(0)).expand(4000, LATENT)
+    kw = dict(batch_size=4000, num_inference_steps=2, latents=latents)
+    smooth = pipe(generator=torch.Generator().manual_seed(1), observation_noise=False, **kw).samples
+    noisy = pipe(generator=torch.Generator().manual_seed(1), **kw).samples  # observation_noise=True by default
+    residual = noisy - smooth
+    # DDPM's own step noise is shared (same generator stream) until the decode; what differs is p(x | z).
+    voxel_std = np.linspace(1, 3, N_VOXELS)  # the pipeline's voxel std (make_pipeline)
+    expected = noise_std.numpy() * voxel_std
+    expected[-1] = 0.0  # masked-out voxel
+    np.testing.assert_allclose(residual.std(0), expected, rtol=0.05, atol=1e-6)
+
+
 def test_generator_reproducibility_and_per_sample_generators():
     pipe = make_pipeline()
     a = pipe(batch_size=3, num_inference_steps=5, generator=torch.Generator().manual_seed(7)).samples

@@ -108,6 +108,13 @@ def test_vae_run_writes_documented_layout_and_learns(vae_run, data_path):
         z = posterior.mean + posterior.std * torch.randn(2000, *posterior.mean.shape, generator=torch.Generator().manual_seed(0))
     assert (z * vae.config.scaling_factor).std().item() == pytest.approx(1.0, abs=0.03)
 
+    # noise_std: the RMS residual of posterior-mean reconstructions on the validation split, per voxel.
+    with torch.no_grad():
+        val = vae.normalize(torch.from_numpy(x[splits["val"]]))
+        residual = vae.decode(vae.encode(val).latent_dist.mode()).sample - val
+    torch.testing.assert_close(vae.voxel_stats.noise_std, residual.pow(2).mean(0).sqrt(), rtol=1e-4, atol=1e-6)
+    assert (vae.voxel_stats.noise_std > 0).all()
+
 
 def test_ldm_run_writes_loadable_pipeline_in_data_units(vae_run, tmp_path):
     out = tmp_path / "ldm"

@@ -100,6 +100,8 @@ class VoxelStatistics(nn.Module):
         self.register_buffer("std", torch.ones(n_voxels))
         # 1.0 = voxel kept, 0.0 = masked out (constant or non-finite in the training split).
         self.register_buffer("mask", torch.ones(n_voxels))
+        # Per-voxel std of what the decoder mean leaves unexplained (model space): p(x | z) = N(decode(z), noise_std^2).
+        self.register_buffer("noise_std", torch.zeros(n_voxels))
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -170,6 +172,27 @@ class FMRIVAE(StrictLoadingMixin, ModelMixin, ConfigMixin):
         stats.mean.copy_(mean)
         stats.std.copy_(torch.where(mask > 0, std, torch.ones_like(std)))
         stats.mask.copy_((mask > 0).float())
+
+    @torch.no_grad()
+    def set_noise_std(self, noise_std) -> None:
+        """Store the per-voxel observation-noise std ``(n_voxels,)`` in model space (0 for masked-out voxels).
+
+        ``train_vae.py`` sets it to the root-mean-square residual of posterior-mean reconstructions on the
+        validation split: fMRI patterns are mostly noise, and a decoder mean alone is far smoother than data.
+        """
+        noise_std = torch.as_tensor(noise_std, dtype=torch.float32)
+        n = self.config.n_voxels
+        if noise_std.shape != (n,):
+            raise ValueError(f"noise_std must have shape ({n},), got {tuple(noise_std.shape)}")
+        if not torch.isfinite(noise_std).all() or (noise_std < 0).any():
+            raise ValueError("noise_std must be finite and >= 0 for every voxel")
+        self.voxel_stats.noise_std.copy_(noise_std * self.voxel_stats.mask)
+
+    def sample_observation(self, mean: torch.Tensor, generator=None) -> torch.Tensor:
+        """Draw x ~ N(mean, noise_std^2) per voxel, in model space; ``mean`` is a decoder output (B, n_voxels)."""
+        self._check_voxels(mean, "mean")
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        return mean.float() + self.voxel_stats.noise_std * noise
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """User units -> model space: ``(x - mean) / std``; masked-out voxels become 0 (NaN there is ignored)."""
