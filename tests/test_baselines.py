@@ -73,7 +73,7 @@ def test_split_heldout(rng):
     np.testing.assert_array_equal(np.sort(np.concatenate([reference, ceiling])[:, 0]), heldout[:, 0])
     labels = np.array([0] * 6 + [1] * 5)
     ref, ceil, ref_y, ceil_y = split_heldout(heldout, seed=0, labels=labels)
-    assert np.bincount(ref_y).tolist() == [3, 2] and np.bincount(ceil_y).tolist() == [3, 3]
+    assert np.bincount(ref_y).tolist() == [3, 3] and np.bincount(ceil_y).tolist() == [3, 2]
     # The labels travel with their rows (row value 2 * i belongs to label labels[i]).
     np.testing.assert_array_equal(labels[(ref[:, 0] / 2).astype(int)], ref_y)
     # Two odd classes (5 + 5, as digit69's test set): the halves are 5 and 5, not 4 and 6.
