@@ -141,6 +141,7 @@ def evaluate_generated(
     seed: int = 0,
     n_boot: int = 200,
     equalise_n: bool = True,
+    n_subsets: int = 20,
 ) -> dict:
     """Score each generated set against held-out and training data, side by side.
 
@@ -160,15 +161,19 @@ def evaluate_generated(
     k : int
         Neighbours for precision / recall (capped at the smallest set size - 1).
     n_boot : int
-        Bootstrap replicates for the CIs of dispersion ratio and both FDs (0: no CIs). Metrics
+        Bootstrap replicates for the CIs of dispersion ratio and both FDs of a set scored once
+        (the ceiling, or every set with ``equalise_n=False``; 0: no CIs). Metrics
         built on nearest neighbours or kernels (precision / recall, DCR, MMD) are biased by the
         duplicated rows a bootstrap draws, and C2ST is already cross-validated: no CI. With
         fewer than about 20 samples the percentile intervals of FD are themselves biased
         upwards (they can exclude the point estimate): read them as rough.
     equalise_n : bool
-        Subsample every generated set (seeded) to the size of the smallest, so that metrics
-        whose values depend on sample size (FD bias, MMD, KS, precision / recall) compare
-        generators and the ceiling at the same n.
+        Score every generated set at the size of the smallest, so that metrics whose values
+        depend on sample size (FD bias, MMD, KS, C2ST, precision / recall) compare generators and
+        the ceiling at the same n. A larger set is scored on ``n_subsets`` random subsets of that
+        size: each metric is their mean, its bracket their 2.5-97.5% range (for every metric).
+    n_subsets : int
+        Subsets per larger generated set (see ``equalise_n``).
 
     Returns
     -------
@@ -187,56 +192,66 @@ def evaluate_generated(
             raise ValueError(f"{name}: {what} has {arr.shape[1]} voxels, train has {train.shape[1]}")
     labels = _check_labels(labels, train.shape[0], heldout.shape[0], gens)
 
-    # 1. Equal sample sizes across generators (labels follow their rows).
-    rng = np.random.default_rng(seed)
-    n_eval = min(x.shape[0] for x in gens.values())
-    if equalise_n:
-        for g in gens:
-            rows = np.sort(rng.choice(gens[g].shape[0], n_eval, replace=False))
-            gens[g] = gens[g][rows]
-            if labels is not None and g in labels["generated_y"]:
-                labels["generated_y"][g] = labels["generated_y"][g][rows]
-
-    # 2. Shared feature space and scales, fixed across generators.
+    # 1. Shared feature space and scales, fixed across generators.
     pca = metrics.fit_pca(train, n_pca, seed=seed)
     f_train, f_held = pca.transform(train), pca.transform(heldout)  # (n, n_pca)
     bandwidth = metrics.median_pairwise_distance(f_train)
     train_variance = metrics.total_variance(train)  # dispersion ratio's denominator, computed once
-    n_min = min(heldout.shape[0], *(x.shape[0] for x in gens.values()))
+    n_eval = min(x.shape[0] for x in gens.values())
+    n_min = min(heldout.shape[0], n_eval)
     k_eff = max(1, min(k, n_min - 1))
     folds = max(2, min(5, n_min))
 
-    # 3. Every axis for every generator.
-    scores = {}
-    for g, x in gens.items():
+    def score(x, y) -> dict[str, float]:
+        """Every axis for one generated set x (n, n_voxels) with labels y (or None)."""
         f_gen = pca.transform(x)
         s = {
-            "dispersion_ratio": _with_ci(
-                lambda samples: metrics.total_variance(samples) / train_variance, x, n_boot=n_boot, seed=seed),
-            "fd_heldout": _with_ci(metrics.frechet_distance, f_held, f_gen, n_boot=n_boot, seed=seed),
-            "fd_train": _with_ci(metrics.frechet_distance, f_train, f_gen, n_boot=n_boot, seed=seed),
-            "mmd": _entry(metrics.mmd_rbf(f_held, f_gen, bandwidth=bandwidth)),
-            "ks_mean": _entry(metrics.ks_statistic(heldout, x).mean()),
-            "js_divergence": _entry(metrics.js_divergence(heldout, x)),
+            "dispersion_ratio": metrics.total_variance(x) / train_variance,
+            "fd_heldout": metrics.frechet_distance(f_held, f_gen),
+            "fd_train": metrics.frechet_distance(f_train, f_gen),
+            "mmd": metrics.mmd_rbf(f_held, f_gen, bandwidth=bandwidth),
+            "ks_mean": metrics.ks_statistic(heldout, x).mean(),
+            "js_divergence": metrics.js_divergence(heldout, x),
+            **{f"moment_{m}_diff": d for m, d in metrics.moments_difference(heldout, x).items()},
+            "correlation_similarity": metrics.correlation_structure_similarity(heldout, x),
+            "correlation_distance": metrics.correlation_matrix_distance(heldout, x),
+            "c2st_auc": metrics.c2st_auc(f_held, f_gen, cv=folds, seed=seed),
+            **metrics.knn_precision_recall(f_held, f_gen, k=k_eff),
+            **metrics.memorisation_summary(train, x, heldout),
         }
-        for moment, diff in metrics.moments_difference(heldout, x).items():
-            s[f"moment_{moment}_diff"] = _entry(diff)
-        s["correlation_similarity"] = _entry(metrics.correlation_structure_similarity(heldout, x))
-        s["correlation_distance"] = _entry(metrics.correlation_matrix_distance(heldout, x))
-        s["c2st_auc"] = _entry(metrics.c2st_auc(f_held, f_gen, cv=folds, seed=seed))
-        for key, value in metrics.knn_precision_recall(f_held, f_gen, k=k_eff).items():
-            s[key] = _entry(value)
-        for key, value in metrics.memorisation_summary(train, x, heldout).items():
-            s[key] = _entry(value)
-        if labels is not None and g in labels["generated_y"]:
-            s["tstr_accuracy"] = _entry(metrics.tstr_accuracy(
-                x, labels["generated_y"][g], heldout, labels["heldout_y"], seed=seed))
+        if y is not None:
+            s["tstr_accuracy"] = metrics.tstr_accuracy(x, y, heldout, labels["heldout_y"], seed=seed)
+        return s
+
+    # 2. Every axis for every generator. With equalise_n, a set larger than the smallest one (the
+    # ceiling, usually) is scored on n_subsets random subsets of that size: the value is their mean
+    # and the bracket their 2.5-97.5% range -- the spread of scoring only n_eval samples.
+    rng = np.random.default_rng(seed)
+    scores = {}
+    for g, x in gens.items():
+        y = labels["generated_y"].get(g) if labels is not None else None
+        if not equalise_n or x.shape[0] == n_eval:
+            s = {key: _entry(v) for key, v in score(x, y).items()}
+            # A single set: bootstrap CIs for the metrics where resampling rows is sound.
+            s["dispersion_ratio"] = _with_ci(lambda a: metrics.total_variance(a) / train_variance, x,
+                                             n_boot=n_boot, seed=seed)
+            for key, ref in (("fd_heldout", f_held), ("fd_train", f_train)):
+                s[key] = _with_ci(metrics.frechet_distance, ref, pca.transform(x), n_boot=n_boot, seed=seed)
+        else:
+            runs = []
+            for _ in range(n_subsets):
+                rows = np.sort(rng.choice(x.shape[0], n_eval, replace=False))
+                runs.append(score(x[rows], None if y is None else y[rows]))
+            s = {key: _entry(np.mean([r[key] for r in runs]),
+                             np.percentile([r[key] for r in runs], [2.5, 97.5]))
+                 for key in runs[0]}
         scores[g] = s
 
     results = {
         "settings": {
             "n_train": int(train.shape[0]), "n_heldout": int(heldout.shape[0]),
             "n_voxels": int(train.shape[1]), "n_generated": n_eval if equalise_n else None,
+            "n_subsets": n_subsets if equalise_n else None,
             "n_pca": int(pca.n_components_), "knn_k": k_eff, "c2st_folds": folds,
             "mmd_bandwidth": bandwidth, "n_boot": n_boot, "seed": seed,
         },
@@ -393,8 +408,10 @@ def write_report(results: dict, out_dir, figures: dict | None = None,
             f"training samples ({s['n_voxels']} voxels), each with {s['n_generated'] or 'all its'} "
             f"samples; FD, MMD, C2ST and precision / recall use {s['n_pca']} PCA components of "
             f"the training data (k = {s['knn_k']}). `{CEILING}` is real held-out data scored as "
-            "if generated: the ceiling. Brackets: 95% percentile bootstrap CI (rough below about 20 "
-            "samples, where FD intervals are biased). Read the rows together: FD "
+            "if generated: the ceiling. Brackets: for a generator with more samples than that, the "
+            f"2.5-97.5% range over {s.get('n_subsets') or 0} random subsets of that size (how much "
+            "scoring so few samples varies); for a set scored once (the ceiling), a 95% percentile "
+            "bootstrap CI of dispersion and FD (rough below about 20 samples). Read the rows together: FD "
             "and MMD against few held-out samples favour generators that shrink to the mean, "
             "which the dispersion ratio exposes.",
             format_headline_table(results),

@@ -180,3 +180,23 @@ def test_real_data_pca_baselines(shared_data_path):
     assert pca_gauss["dispersion_ratio"]["value"] == pytest.approx(kept, abs=0.05)
     recon = evaluate_reconstructions(test, {"pca": PCAReconstruction(16).fit(train).reconstruct(test)}, n_boot=0)
     assert 0.0 < recon["methods"]["pca"]["samplewise_r_mean"]["value"] < 1.0
+
+
+def test_larger_sets_are_scored_on_equal_size_subsets_with_a_range(rng, gaussian_data):
+    train, heldout, _ = gaussian_data
+    reference, ceiling = split_heldout(heldout, seed=0)
+    big = PCAGaussian(10).fit(train).sample(200, seed=1)
+    results = evaluate_generated(train, reference, {"model": big, "real_vs_real": ceiling}, n_pca=10,
+                                 n_boot=20, n_subsets=8)
+    assert results["settings"]["n_subsets"] == 8 and results["settings"]["n_generated"] == len(ceiling)
+    model, real = results["generators"]["model"], results["generators"]["real_vs_real"]
+    for key, entry in model.items():  # every metric of a subsampled set has its 2.5-97.5% range
+        low, high = entry["ci"]
+        assert low <= entry["value"] <= high, key
+    assert real["mmd"]["ci"] is None and real["dispersion_ratio"]["ci"] is not None
+    # The mean over subsets is steadier than one subset: two seeds agree more closely.
+    one = [evaluate_generated(train, reference, {"model": big, "real_vs_real": ceiling}, n_pca=10, n_boot=0,
+                              n_subsets=1, seed=s)["generators"]["model"]["dispersion_ratio"]["value"] for s in range(6)]
+    many = [evaluate_generated(train, reference, {"model": big, "real_vs_real": ceiling}, n_pca=10, n_boot=0,
+                               n_subsets=20, seed=s)["generators"]["model"]["dispersion_ratio"]["value"] for s in range(6)]
+    assert np.std(many) < np.std(one)
