@@ -41,19 +41,11 @@ sys.path.insert(0, str(ROOT))  # main.py and the training scripts live at the re
 import main as main_job  # noqa: E402
 
 from fmri_diffusers.data import load_fmri  # noqa: E402
+from fmri_diffusers.report import VERDICT_AXES, axis_loss  # noqa: E402
 
 GENERATORS = ("model", "pca_gaussian", "real_vs_real")
 
-# (metric key, name, rule): how "model at least as good as pca_gaussian" is decided on each axis.
-AXES = [
-    ("dispersion_ratio", "dispersion ratio", "closer to 1"),
-    ("fd_train", "FD vs train", "lower"),
-    ("ks_mean", "mean KS", "lower"),
-    ("c2st_auc", "C2ST AUC", "closer to 0.5"),
-    ("precision", "precision", "higher"),
-    ("recall", "recall", "higher"),
-    ("dcr_ratio", "DCR ratio", ">= real_vs_real"),
-]
+AXES = VERDICT_AXES
 # Shown for context, no verdict.
 EXTRA = [("fd_heldout", "FD vs held-out"), ("mmd", "MMD^2 vs held-out")]
 
@@ -101,25 +93,16 @@ def fold_metrics(results: dict) -> dict:
     return out
 
 
-def loss(rule: str, value: float) -> float:
-    """How far ``value`` is from ideal on an axis (lower is better), for the "closer to" / lower / higher rules."""
-    if rule == "closer to 1":
-        return abs(value - 1)
-    if rule == "closer to 0.5":
-        return abs(value - 0.5)
-    return -value if rule == "higher" else value
-
-
 def as_good(rule: str, model, baseline, ceiling) -> bool:
     """Whether ``model`` is at least as good as ``baseline`` (DCR: as far from train as the ceiling).
 
     Each argument is one value or the per-fold values: the mean loss over folds is compared, so an AUC of
     0.2 in one fold and 0.8 in another counts as 0.3 from 0.5, not as 0.5.
     """
-    if rule == ">= real_vs_real":
+    if rule == ">= ceiling":
         return np.mean(model) >= np.mean(ceiling)
-    return np.mean([loss(rule, v) for v in np.atleast_1d(model)]) <= np.mean(
-        [loss(rule, v) for v in np.atleast_1d(baseline)])
+    return np.mean([axis_loss(rule, v) for v in np.atleast_1d(model)]) <= np.mean(
+        [axis_loss(rule, v) for v in np.atleast_1d(baseline)])
 
 
 def summarise(official: dict, folds: list[dict], times: dict) -> str:

@@ -18,7 +18,7 @@ from .baselines import PCAGaussian, PCAReconstruction, split_heldout
 from .data import load_fmri, load_space, save_samples
 from .data.nifti import VolumeSpace
 from .pipeline_fmri_ldm import FMRILatentDiffusionPipeline
-from .report import evaluate_generated, evaluate_reconstructions, format_headline_table, write_report
+from .report import evaluate_generated, evaluate_reconstructions, format_headline_table, format_verdict, write_report
 from .training import DATA_CONFIG, SPACE_DIR, SPLITS_FILE, TRAIN_LOG
 from . import visualization as viz
 
@@ -246,7 +246,7 @@ def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, samples, basel
 
 def print_summary(results: dict) -> str:
     """The headline table and where the files are, as printed by ``main.py``."""
-    lines = [format_headline_table(results), ""]
+    lines = [format_headline_table(results), "", format_verdict(results), ""]
     for name, paths in results.get("files", {}).items():
         for p in [paths] if isinstance(paths, str) else paths:
             lines.append(f"{name}: {p}")

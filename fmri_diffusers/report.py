@@ -364,6 +364,61 @@ def format_headline_table(results: dict) -> str:
     return table
 
 
+# (metric key, name, rule): the axes on which a model is judged against a baseline, all at once.
+VERDICT_AXES = [
+    ("dispersion_ratio", "dispersion ratio", "closer to 1"),
+    ("fd_train", "FD vs train", "lower"),
+    ("ks_mean", "mean KS", "lower"),
+    ("c2st_auc", "C2ST AUC", "closer to 0.5"),
+    ("precision", "precision", "higher"),
+    ("recall", "recall", "higher"),
+    ("dcr_ratio", "DCR ratio (memorisation)", ">= ceiling"),
+]
+
+
+def axis_loss(rule: str, value: float) -> float:
+    """Distance of ``value`` from ideal under a VERDICT_AXES rule (lower is better)."""
+    if rule == "closer to 1":
+        return abs(value - 1.0)
+    if rule == "closer to 0.5":
+        return abs(value - 0.5)
+    return -value if rule == "higher" else value
+
+
+def judge(generation: dict, model: str = "model", baseline: str = "pca_gaussian") -> list[dict]:
+    """Per axis: is ``model`` at least as good as ``baseline`` (DCR: no closer to train than the ceiling)?
+
+    Returns rows ``{"key", "name", "rule", "model", "baseline", "ceiling", "ok"}`` (ceiling None when absent).
+    """
+    scores = generation["generators"]
+    for name in (model, baseline):
+        if name not in scores:
+            raise ValueError(f"judge: no generator {name!r} in the results; have {sorted(scores)}")
+    rows = []
+    for key, name, rule in VERDICT_AXES:
+        m, b = scores[model][key]["value"], scores[baseline][key]["value"]
+        c = scores[CEILING][key]["value"] if CEILING in scores else None
+        ok = (m >= c if c is not None else None) if rule == ">= ceiling" else axis_loss(rule, m) <= axis_loss(rule, b)
+        rows.append({"key": key, "name": name, "rule": rule, "model": m, "baseline": b, "ceiling": c, "ok": ok})
+    return rows
+
+
+def format_verdict(results: dict, model: str = "model", baseline: str = "pca_gaussian") -> str:
+    """Markdown: the per-axis verdict of :func:`judge` and one line judging all axes together."""
+    rows = judge(results["generation"], model, baseline)
+    lines = [f"| axis | rule | {model} | {baseline} | {CEILING} | {model} as good as {baseline}? |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ceiling = "" if r["ceiling"] is None else f"{r['ceiling']:.4g}"
+        ok = "n/a" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
+        lines.append(f"| {r['name']} | {r['rule']} | {r['model']:.4g} | {r['baseline']:.4g} | {ceiling} | {ok} |")
+    failed = [r["name"] for r in rows if r["ok"] is False]
+    lines.append("")
+    lines.append(f"All axes at once: {'**no** (' + ', '.join(failed) + ')' if failed else 'yes'}. "
+                 "Point estimates; see the brackets above for how much they move at this sample size.")
+    return "\n".join(lines)
+
+
 def format_reconstruction_table(results: dict) -> str:
     """The reconstruction table (Markdown) from ``results["reconstruction"]``."""
     methods = results["reconstruction"]["methods"]
@@ -416,6 +471,9 @@ def write_report(results: dict, out_dir, figures: dict | None = None,
             "which the dispersion ratio exposes.",
             format_headline_table(results),
         ]
+        if {"model", "pca_gaussian"} <= set(results["generation"]["generators"]):
+            parts += ["## Verdict: the model against the PCA-Gaussian baseline, on every axis at once",
+                      format_verdict(results)]
     if "reconstruction" in results:
         parts += [
             "## Reconstruction",

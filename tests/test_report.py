@@ -11,6 +11,8 @@ from fmri_diffusers.baselines import PCAGaussian, PCAReconstruction, split_heldo
 from fmri_diffusers.report import (
     HEADLINE_METRICS,
     evaluate_generated,
+    format_verdict,
+    judge,
     evaluate_reconstructions,
     format_headline_table,
     write_report,
@@ -200,3 +202,24 @@ def test_larger_sets_are_scored_on_equal_size_subsets_with_a_range(rng, gaussian
     many = [evaluate_generated(train, reference, {"model": big, "real_vs_real": ceiling}, n_pca=10, n_boot=0,
                                n_subsets=20, seed=s)["generators"]["model"]["dispersion_ratio"]["value"] for s in range(6)]
     assert np.std(many) < np.std(one)
+
+
+def test_judge_applies_each_axis_rule():
+    def gen(**values):
+        return {k: {"value": v, "ci": None} for k, v in values.items()}
+
+    base = dict(dispersion_ratio=0.8, fd_train=2.0, ks_mean=0.3, c2st_auc=0.7, precision=0.6, recall=0.6,
+                dcr_ratio=0.9)
+    generation = {"generators": {
+        "model": gen(**{**base, "dispersion_ratio": 1.1, "fd_train": 3.0, "c2st_auc": 0.4, "dcr_ratio": 0.95}),
+        "pca_gaussian": gen(**base),
+        "real_vs_real": gen(**{**base, "dcr_ratio": 1.0}),
+    }}
+    verdict = {r["key"]: r["ok"] for r in judge(generation)}
+    assert verdict == {"dispersion_ratio": True,  # |1.1 - 1| < |0.8 - 1|
+                       "fd_train": False,  # 3 > 2
+                       "ks_mean": True, "precision": True, "recall": True,  # ties count as good
+                       "c2st_auc": True,  # |0.4 - 0.5| < |0.7 - 0.5|
+                       "dcr_ratio": False}  # 0.95 < the ceiling's 1.0
+    text = format_verdict({"generation": generation})
+    assert "All axes at once: **no** (FD vs train, DCR ratio (memorisation))" in text
