@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import scipy.linalg
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score

@@ -202,8 +202,8 @@ def evaluate_generated(
     k_eff = max(1, min(k, n_min - 1))
     folds = max(2, min(5, n_min))
 
-    def score(x, y) -> dict[str, float]:
-        """Every axis for one generated set x (n, n_voxels) with labels y (or None)."""
+    def score(x) -> dict[str, float]:
+        """Every axis but utility for one generated set x (n, n_voxels)."""
         f_gen = pca.transform(x)
         s = {
             "dispersion_ratio": metrics.total_variance(x) / train_variance,
@@ -219,8 +219,6 @@ def evaluate_generated(
             **metrics.knn_precision_recall(f_held, f_gen, k=k_eff),
             **metrics.memorisation_summary(train, x, heldout),
         }
-        if y is not None:
-            s["tstr_accuracy"] = metrics.tstr_accuracy(x, y, heldout, labels["heldout_y"], seed=seed)
         return s
 
     # 2. Every axis for every generator. With equalise_n, a set larger than the smallest one (the
@@ -229,9 +227,8 @@ def evaluate_generated(
     rng = np.random.default_rng(seed)
     scores = {}
     for g, x in gens.items():
-        y = labels["generated_y"].get(g) if labels is not None else None
         if not equalise_n or x.shape[0] == n_eval:
-            s = {key: _entry(v) for key, v in score(x, y).items()}
+            s = {key: _entry(v) for key, v in score(x).items()}
             # A single set: bootstrap CIs for the metrics where resampling rows is sound.
             s["dispersion_ratio"] = _with_ci(lambda a: metrics.total_variance(a) / train_variance, x,
                                              n_boot=n_boot, seed=seed)
@@ -241,10 +238,14 @@ def evaluate_generated(
             runs = []
             for _ in range(n_subsets):
                 rows = np.sort(rng.choice(x.shape[0], n_eval, replace=False))
-                runs.append(score(x[rows], None if y is None else y[rows]))
+                runs.append(score(x[rows]))
             s = {key: _entry(np.mean([r[key] for r in runs]),
                              np.percentile([r[key] for r in runs], [2.5, 97.5]))
                  for key in runs[0]}
+        # Utility uses every labelled sample of the set: more generated data is what TSTR is for.
+        if labels is not None and g in labels["generated_y"]:
+            s["tstr_accuracy"] = _entry(metrics.tstr_accuracy(x, labels["generated_y"][g], heldout,
+                                                              labels["heldout_y"], seed=seed))
         scores[g] = s
 
     results = {

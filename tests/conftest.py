@@ -1,6 +1,7 @@
 """Shared fixtures. Tests are CPU-only, seeded and offline."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The training scripts and main.py live at the repository root: `import train_vae` in tests.
+sys.path.insert(0, str(REPO_ROOT))
 SHARED_MAT = REPO_ROOT.parent / "shared" / "data" / "digit69_28x28.mat"
 
 
@@ -23,3 +26,15 @@ def digit69_path() -> Path:
 
 # Tiny models run fastest on one thread, and tests that start subprocesses do not oversubscribe 2 cores.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each in-process training run builds its own Accelerator: accelerate keeps process-wide singletons."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

@@ -1,25 +1,16 @@
 """YAML run configs: parsed by the scripts' own argparse parser, command line wins, typos are errors."""
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from fmri_diffusers.config import parse_args_with_config, settings_to_argv
 
+import train_ldm
+import train_vae
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """Import a top-level training script (train_vae / train_ldm) as a module."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -120,10 +111,10 @@ def test_parser_must_refuse_abbreviations():
 
 
 def test_shipped_tiny_configs_parse_with_the_scripts():
-    vae_args = load_script("train_vae").parse_args(["--config", str(ROOT / "configs/vae_tiny.yaml"),
+    vae_args = train_vae.parse_args(["--config", str(ROOT / "configs/vae_tiny.yaml"),
                                                     "--data_path", "x.npy"])
     assert vae_args.hidden_dims == [32, 16] and vae_args.report_to == "none" and vae_args.data_path == ["x.npy"]
-    ldm_args = load_script("train_ldm").parse_args(["--config", str(ROOT / "configs/ldm_tiny.yaml"),
+    ldm_args = train_ldm.parse_args(["--config", str(ROOT / "configs/ldm_tiny.yaml"),
                                                     "--pretrained_vae_model_name_or_path", "vae_dir"])
     assert ldm_args.use_ema is True and ldm_args.ddpm_beta_schedule == "squaredcos_cap_v2"
     assert ldm_args.data_path is None  # inherited from the VAE run at main() time
@@ -132,4 +123,4 @@ def test_shipped_tiny_configs_parse_with_the_scripts():
 def test_script_yaml_key_of_the_other_script_is_unknown(tmp_path):
     cfg = write(tmp_path, "kl_weight: 0.5\n")  # a VAE flag in an LDM config
     with pytest.raises(ValueError, match="unknown key 'kl_weight'"):
-        load_script("train_ldm").parse_args(["--config", cfg, "--pretrained_vae_model_name_or_path", "v"])
+        train_ldm.parse_args(["--config", cfg, "--pretrained_vae_model_name_or_path", "v"])

@@ -1,7 +1,6 @@
 """evaluate_pipeline and main.py end to end on tiny labelled data; bad configs and broken pipelines refused."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ from fmri_diffusers.baselines import split_heldout
 from fmri_diffusers.evaluation import evaluate_pipeline
 from fmri_diffusers.models.fmri_vae import FMRIVAE
 
+import main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # main.py lives at the repository root
-import main  # noqa: E402
 
 N_VOXELS = 30
 GENERATORS = ["model", "pca_gaussian", "real_vs_real"]
@@ -42,17 +41,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (accelerate keeps process-wide singletons); one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def write_config(folder: Path, output_dir: Path, data_path: Path, **changes) -> Path:

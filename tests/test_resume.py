@@ -1,6 +1,5 @@
 """A stopped or killed run resumes from its last complete checkpoint and continues the SAME run."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,40 +12,20 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState
 
 from fmri_diffusers.models.fmri_denoiser import FMRIDenoiser
 from fmri_diffusers.models.fmri_vae import FMRIVAE
 from fmri_diffusers.training import MetricLog, epoch_batches, find_checkpoint, replace_dir
 
+import train_ldm
+import train_vae
+
 ROOT = Path(__file__).resolve().parents[1]
 VAE_TINY, LDM_TINY = str(ROOT / "configs/vae_tiny.yaml"), str(ROOT / "configs/ldm_tiny.yaml")
 
 
-def load_script(name: str):
-    """Import a top-level training script (train_vae / train_ldm) as a module."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-train_vae, train_ldm = load_script("train_vae"), load_script("train_ldm")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """A new Accelerator per in-process run; one thread, as the subprocesses (same float results)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """train_vae.py and train_ldm.py end to end on tiny data; 2-rank DDP on CPU; bad input refused up front."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,42 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState
 
 from fmri_diffusers import FMRIDenoiser, FMRILatentDiffusionPipeline
 from fmri_diffusers.models.fmri_vae import FMRIVAE
+
+import train_ldm
+import train_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 VAE_TINY, LDM_TINY = str(ROOT / "configs/vae_tiny.yaml"), str(ROOT / "configs/ldm_tiny.yaml")
 
 
-def load_script(name: str):
-    """Import a top-level training script (train_vae / train_ldm) as a module."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-train_vae, train_ldm = load_script("train_vae"), load_script("train_ldm")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (accelerate keeps process-wide singletons).
-
-    One thread: with tiny models, two threads on a shared 2-core machine spin-wait 100x slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def write_tiny_data(folder: Path, n_voxels: int = 40) -> Path:
