@@ -58,12 +58,16 @@ class PCAGaussian:
     :meth:`fit` fits a PCA with ``n_components`` (capped at ``n_train - 1``), then a Gaussian
     (mean and full covariance, ddof=1) of the PCA scores of all training samples, and, when
     ``labels`` are given, one Gaussian per label. :meth:`sample` draws scores and maps them back
-    to voxels, so samples lie in the PCA subspace (the residual variance is not modelled).
+    to voxels. With ``residual_noise=False`` samples lie in the PCA subspace (the variance the
+    components leave out is not modelled); with ``True`` each voxel also gets independent Gaussian
+    noise with the std of its training residual, as the pipeline's VAE adds its own residual noise
+    (a probabilistic-PCA / factor-analysis-like generator: the stronger baseline).
     """
 
-    def __init__(self, n_components: int, seed: int = 0):
+    def __init__(self, n_components: int, seed: int = 0, residual_noise: bool = False):
         self.n_components = n_components
         self.seed = seed
+        self.residual_noise = residual_noise
         self.pca_ = None
 
     @staticmethod
@@ -80,6 +84,9 @@ class PCAGaussian:
         self.n_components_ = int(self.pca_.n_components_)
         scores = self.pca_.transform(train)  # (n_train, k)
         self.gaussian_ = self._gaussian(scores)
+        # Per-voxel std of what the components leave out (n_voxels,); 0 without residual noise.
+        residual = train - self.pca_.inverse_transform(scores)
+        self.noise_std_ = residual.std(axis=0) if self.residual_noise else np.zeros(train.shape[1])
         self.class_gaussians_ = {}
         if labels is not None:
             labels = validate_labels(labels, train.shape[0], "labels", "PCAGaussian.fit")
@@ -119,7 +126,10 @@ class PCAGaussian:
             for label, (mean, root) in self.class_gaussians_.items():
                 rows = labels == label
                 scores[rows] = mean + noise[rows] @ root.T
-        return self.pca_.inverse_transform(scores).astype(np.float32)
+        samples = self.pca_.inverse_transform(scores)
+        if self.residual_noise:
+            samples = samples + rng.standard_normal(samples.shape) * self.noise_std_
+        return samples.astype(np.float32)
 
 
 def split_heldout(heldout, seed: int = 0, labels=None):

@@ -18,7 +18,14 @@ from .baselines import PCAGaussian, PCAReconstruction, split_heldout
 from .data import load_fmri, load_space, save_samples
 from .data.nifti import VolumeSpace
 from .pipeline_fmri_ldm import FMRILatentDiffusionPipeline
-from .report import evaluate_generated, evaluate_reconstructions, format_headline_table, format_verdict, write_report
+from .report import (
+    BASELINES,
+    evaluate_generated,
+    evaluate_reconstructions,
+    format_headline_table,
+    format_verdict,
+    write_report,
+)
 from .training import DATA_CONFIG, SPACE_DIR, SPLITS_FILE, TRAIN_LOG
 from . import visualization as viz
 
@@ -157,17 +164,18 @@ def evaluate_pipeline(
     # 3. baselines at the VAE's latent size, and the real-vs-real ceiling
     latent_dim = pipe.vae.config.latent_dim
     train_y = None if classes is None else classes[splits["train"]]
-    pca_gauss = PCAGaussian(latent_dim, seed=seed).fit(train, labels=train_y)
-    baseline = pca_gauss.sample(n_gen, seed=seed, labels=gen_y)
+    # The model samples with its VAE's residual noise; "pca_gaussian_noise" is the baseline with the same.
+    baselines = {name: PCAGaussian(latent_dim, seed=seed, residual_noise=noise).fit(train, labels=train_y)
+                 .sample(n_gen, seed=seed, labels=gen_y)
+                 for name, noise in (("pca_gaussian", False), ("pca_gaussian_noise", True))}
     if classes is not None:
         reference, ceiling, ref_y, ceil_y = split_heldout(test, seed, labels=classes[splits["test"]])
         labels = {"train_y": train_y, "heldout_y": ref_y,
-                  "generated_y": {"model": gen_y, "pca_gaussian": gen_y, "real_vs_real": ceil_y}}
+                  "generated_y": {"model": gen_y, **{b: gen_y for b in baselines}, "real_vs_real": ceil_y}}
     else:
         reference, ceiling = split_heldout(test, seed)
         labels = None
-    generation = evaluate_generated(train, reference, {"model": samples, "pca_gaussian": baseline,
-                                                       "real_vs_real": ceiling},
+    generation = evaluate_generated(train, reference, {"model": samples, **baselines, "real_vs_real": ceiling},
                                     labels=labels, n_pca=n_pca, seed=seed, n_boot=n_boot)
 
     # 4. reconstructions of held-out data: VAE round trip vs PCA at the same size
@@ -184,8 +192,8 @@ def evaluate_pipeline(
     }
 
     # 5. figures
-    figures = _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, samples, baseline, pipeline_dir,
-                       config, fig_dir, seed)
+    figures = _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, {"model": samples, **baselines},
+                       pipeline_dir, config, fig_dir, seed)
 
     # 6. samples, as .npz and in the data's own space
     meta = {"scheduler": type(pipe.scheduler).__name__, "num_inference_steps": num_inference_steps, "seed": seed}
@@ -203,7 +211,7 @@ def evaluate_pipeline(
     return results
 
 
-def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, samples, baseline, run_dir, config, fig_dir,
+def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, generated, run_dir, config, fig_dir,
              seed) -> dict:
     """Every plot of the report; returns caption -> PNG path."""
     figs = {}
@@ -229,9 +237,9 @@ def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, samples, basel
     add("Latent space (PCA and t-SNE of posterior means)", "latent_space", viz.plot_latent_space, latents,
         labels=color, seed=seed)
     add("Value distributions: generated vs held-out", "value_distributions", viz.plot_value_distributions,
-        test, {"model": samples, "pca_gaussian": baseline})
+        test, generated)
     add("Voxel-by-voxel correlation structure", "correlation_structure", viz.plot_correlation_structure,
-        test, {"model": samples, "pca_gaussian": baseline}, seed=seed)
+        test, generated, seed=seed)
     if isinstance(fmri.space, VolumeSpace):
         # Patterns relative to the training mean, in training-SD units: raw BOLD maps show only the mean image.
         masker = fmri.space.masker
@@ -240,13 +248,16 @@ def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, samples, basel
         add("Brain maps (z-scored with the training statistics): held-out, its reconstruction, a generated "
             "sample", "brain_maps", viz.plot_brain_maps,
             [("held-out", three_d(test[0])), ("VAE reconstruction", three_d(vae_rec[0])),
-             ("generated", three_d(samples[0]))])
+             ("generated", three_d(generated["model"][0]))])
     return figs
 
 
 def print_summary(results: dict) -> str:
     """The headline table and where the files are, as printed by ``main.py``."""
-    lines = [format_headline_table(results), "", format_verdict(results), ""]
+    lines = [format_headline_table(results), ""]
+    for baseline in BASELINES:
+        if baseline in results["generation"]["generators"]:
+            lines += [f"Verdict against {baseline}:", format_verdict(results, baseline=baseline), ""]
     for name, paths in results.get("files", {}).items():
         for p in [paths] if isinstance(paths, str) else paths:
             lines.append(f"{name}: {p}")

@@ -33,6 +33,8 @@ from . import metrics
 from .metrics import validate_samples
 
 CEILING = "real_vs_real"
+# The generators a model is judged against: the Gaussian in PCA space, and the same plus per-voxel residual noise.
+BASELINES = ("pca_gaussian", "pca_gaussian_noise")
 
 # (key, name in the tables, how to read it), in the order of the headline table.
 HEADLINE_METRICS = [
@@ -472,9 +474,11 @@ def write_report(results: dict, out_dir, figures: dict | None = None,
             "which the dispersion ratio exposes.",
             format_headline_table(results),
         ]
-        if {"model", "pca_gaussian"} <= set(results["generation"]["generators"]):
-            parts += ["## Verdict: the model against the PCA-Gaussian baseline, on every axis at once",
-                      format_verdict(results)]
+        present = results["generation"]["generators"]
+        for baseline in BASELINES:
+            if "model" in present and baseline in present:
+                parts += [f"## Verdict: the model against `{baseline}`, on every axis at once",
+                          format_verdict(results, baseline=baseline)]
     if "reconstruction" in results:
         parts += [
             "## Reconstruction",

@@ -80,3 +80,17 @@ def test_split_heldout(rng):
     labels = np.array([0] * 5 + [1] * 5)
     _, _, ref_y, ceil_y = split_heldout(heldout[:10], seed=0, labels=labels)
     assert len(ref_y) == 5 and len(ceil_y) == 5
+
+
+def test_pca_gaussian_with_residual_noise_restores_the_left_out_variance(rng):
+    # 3 factors + independent noise: 3 components keep the factors, the noise is the residual.
+    train = rng.normal(size=(2000, 3)) @ rng.normal(size=(3, 12)) + rng.normal(0, 0.5, size=(2000, 12))
+    plain = PCAGaussian(3).fit(train).sample(4000, seed=1)
+    noisy_model = PCAGaussian(3, residual_noise=True).fit(train)
+    noisy = noisy_model.sample(4000, seed=1)
+    residual = train - noisy_model.pca_.inverse_transform(noisy_model.pca_.transform(train))
+    np.testing.assert_allclose(noisy_model.noise_std_, residual.std(axis=0))
+    # Without the noise, samples miss the residual variance; with it, the total variance matches train's.
+    left_out = residual.var(axis=0).sum()
+    assert plain.var(axis=0).sum() == pytest.approx(train.var(axis=0).sum() - left_out, rel=0.05)
+    assert noisy.var(axis=0).sum() == pytest.approx(train.var(axis=0).sum(), rel=0.05)

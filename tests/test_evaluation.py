@@ -23,7 +23,7 @@ import main
 ROOT = Path(__file__).resolve().parents[1]
 
 N_VOXELS = 30
-GENERATORS = ["model", "pca_gaussian", "real_vs_real"]
+GENERATORS = ["model", "pca_gaussian", "pca_gaussian_noise", "real_vs_real"]
 
 # A tiny run: seconds on one CPU thread. Keys are the flags of train_vae.py / train_ldm.py / main.py's evaluation.
 TINY = {
@@ -92,7 +92,7 @@ def test_main_both_writes_pipeline_metrics_report_figures_and_samples(run):
 
     report = (run / "eval" / "report.md").read_text()
     first_table_header = next(line for line in report.splitlines() if line.startswith("| metric |"))
-    assert first_table_header == "| metric | model | pca_gaussian | real_vs_real | how to read |"
+    assert first_table_header == "| metric | model | pca_gaussian | pca_gaussian_noise | real_vs_real | how to read |"
     figures = sorted((run / "eval" / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 0 for f in figures)
     for f in figures:  # every figure is linked from the report
