@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The training scripts and main.py live at the repository root: `import train_vae` in tests.
 sys.path.insert(0, str(REPO_ROOT))
 SHARED_MAT = REPO_ROOT.parent / "shared" / "data" / "digit69_28x28.mat"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded generator: every test that draws random data starts from the same state."""
+    return np.random.default_rng(0)
 
 
 @pytest.fixture

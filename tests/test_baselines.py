@@ -6,11 +6,6 @@ import pytest
 from fmri_diffusers.baselines import PCAGaussian, PCAReconstruction, split_heldout
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def test_pca_reconstruction_is_orthogonal_projection(rng):
     train = rng.normal(size=(50, 20)) @ rng.normal(size=(20, 20))
     test = rng.normal(size=(10, 20)) @ rng.normal(size=(20, 20))

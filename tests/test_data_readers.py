@@ -12,15 +12,7 @@ import scipy.io
 
 from fmri_diffusers.data import ArrowVectors, FMRIMasker, Float32View, load_example, load_fmri
 
-DIGIT69 = Path("/work/shared/data/digit69_28x28.mat")
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture
-def digit69_path():
-    if not DIGIT69.exists():
-        pytest.skip(f"{DIGIT69} not available")
-    return DIGIT69
 
 
 def _md5(path) -> str:

@@ -11,11 +11,6 @@ from fmri_diffusers import metrics
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
-@pytest.fixture
 def paired(rng):
     real = rng.normal(size=(30, 12))
     recon = real + 0.5 * rng.normal(size=real.shape) + 0.1

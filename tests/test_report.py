@@ -1,7 +1,6 @@
 """Tests for fmri_diffusers.report: side-by-side scoring, the ceiling, and the written report."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,26 +10,12 @@ from fmri_diffusers.baselines import PCAGaussian, PCAReconstruction, split_heldo
 from fmri_diffusers.report import (
     HEADLINE_METRICS,
     evaluate_generated,
-    format_verdict,
-    judge,
     evaluate_reconstructions,
     format_headline_table,
+    format_verdict,
+    judge,
     write_report,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "digit69_28x28.mat"
-
-
-@pytest.fixture
-def shared_data_path():
-    if not SHARED_DATA.is_file():
-        pytest.skip(f"shared data set not found at {SHARED_DATA}")
-    return SHARED_DATA
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
 
 
 @pytest.fixture
@@ -161,10 +146,10 @@ def test_write_report(tmp_path, rng, gaussian_data):
         write_report(results, tmp_path / "out", figures={"missing": tmp_path / "nope.png"})
 
 
-def test_real_data_pca_baselines(shared_data_path):
+def test_real_data_pca_baselines(digit69_path):
     import scipy.io
 
-    mat = scipy.io.loadmat(shared_data_path)
+    mat = scipy.io.loadmat(digit69_path)
     train, test = mat["fmriTrn"].astype(np.float32), mat["fmriTest"].astype(np.float32)
     train_y, test_y = mat["labelTrn"].ravel(), mat["labelTest"].ravel()
     reference, ceiling, ref_y, ceil_y = split_heldout(test, seed=0, labels=test_y)

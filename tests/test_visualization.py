@@ -12,11 +12,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
-@pytest.fixture
 def real(rng):
     return rng.normal(size=(12, 40)).astype(np.float32)
 
