@@ -50,7 +50,7 @@ def load_run_data(run_dir):
     unlist = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v  # noqa: E731
     fmri = load_fmri(unlist(config["data_path"]), data_key=unlist(config.get("data_key")),
                      label_key=unlist(config.get("label_key")), mask=config.get("mask"),
-                     nonfinite=config.get("nonfinite", "raise"))
+                     nonfinite=config.get("nonfinite", "raise"), surface_order=config.get("surface_order"))
     if fmri.n_voxels != config["n_voxels"]:
         raise ValueError(f"{config['data_path']} now has {fmri.n_voxels} voxels; the run was trained on "
                          f"{config['n_voxels']}: the file changed since training")
@@ -201,7 +201,7 @@ def evaluate_pipeline(
         meta["class_labels"] = gen_y
     written = save_samples(out_dir / "samples.npz", samples, metadata=meta)
     if fmri.space is not None:
-        suffix = ".nii.gz" if isinstance(fmri.space, VolumeSpace) else f".{fmri.space.fmt}"
+        suffix = ".nii.gz" if isinstance(fmri.space, VolumeSpace) else {"mgh": ".mgz", "gifti": ".func.gii"}[fmri.space.fmt]
         written += save_samples(out_dir / f"samples{suffix}", samples, space=fmri.space)
     results["files"] = {"samples": [str(p) for p in written]}
 

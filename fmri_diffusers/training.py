@@ -48,6 +48,7 @@ DATA_DEFAULTS = {
     "data_key": None,
     "label_key": None,
     "mask": None,
+    "surface_order": None,
     "nonfinite": "raise",
     "split": "contiguous",
     "val_fraction": 0.1,
@@ -127,6 +128,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data_key", type=str, nargs="+", default=None, help="npz/mat/Arrow key(s) of the data.")
     g.add_argument("--label_key", type=str, nargs="+", default=None, help="npz/mat/Arrow key(s) of the labels.")
     g.add_argument("--mask", type=str, default=None, help="NIfTI mask image.")
+    g.add_argument("--surface_order", type=str, nargs="+", default=None,
+                   help="Surface files: one name per file, e.g. lh rh (default: from the file names).")
     g.add_argument("--nonfinite", type=str, default=None, choices=["raise", "mask"], help=f"[{d['nonfinite']}]")
     g.add_argument("--split", type=str, default=None, choices=list(STRATEGIES), help=f"[{d['split']}]")
     g.add_argument("--val_fraction", type=float, default=None, help=f"[{d['val_fraction']}]")
@@ -265,7 +268,7 @@ def load_data(args: argparse.Namespace, n_processes: int):
             raise ValueError(f"--data_path {p}: no such file or folder")
     keys = (lambda v: v[0] if v is not None and len(v) == 1 else v)
     fmri = load_fmri(paths, data_key=keys(args.data_key), label_key=keys(args.label_key), mask=args.mask,
-                     nonfinite=args.nonfinite)
+                     nonfinite=args.nonfinite, surface_order=args.surface_order)
     splits = make_splits(fmri, args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                          gap=args.split_gap, seed=args.split_seed, test_keys=args.test_keys,
                          val_keys=args.val_keys, test_runs=args.test_runs, test_subjects=args.test_subjects)

@@ -168,3 +168,28 @@ def test_evaluate_refuses_nan_samples(run, tmp_path):
 def test_evaluate_needs_a_training_run_folder(tmp_path):
     with pytest.raises(ValueError, match="has no data_config.json"):
         evaluate_pipeline(tmp_path, tmp_path / "eval", pipe=object())
+
+
+def test_surface_data_round_trip_through_main_writes_samples_per_hemisphere(tmp_path):
+    """Two FreeSurfer .mgz hemispheres in, generated samples out as one .mgz per hemisphere, same vertex counts."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(40, 2))
+    paths = []
+    for hemi, n_vertices in (("lh", 12), ("rh", 9)):
+        series = factors @ rng.normal(size=(2, n_vertices)) + 0.3 * rng.normal(size=(40, n_vertices)) + 50
+        path = tmp_path / f"{hemi}.func.mgz"
+        nib.save(nib.MGHImage(series.T.reshape(n_vertices, 1, 1, 40).astype(np.float32), np.eye(4)), path)
+        paths.append(str(path))
+    data = {"data_path": paths, "surface_order": ["lh", "rh"], "split": "contiguous", "val_fraction": 0.1,
+            "test_fraction": 0.25}
+    ldm = {k: v for k, v in TINY["ldm"].items() if k != "conditioning"}
+    config = write_config(tmp_path, tmp_path / "out", Path(paths[0]), data=data, ldm=ldm)
+    main.main(main.parse_args(["--config", str(config), "--mode", "both"]))
+    eval_dir = tmp_path / "out" / "eval"
+    samples = np.load(eval_dir / "samples.npz")["samples"]
+    for hemi, n_vertices, cols in (("lh", 12, slice(0, 12)), ("rh", 9, slice(12, 21))):
+        img = nib.load(eval_dir / f"samples.{hemi}.mgz")
+        assert img.shape == (n_vertices, 1, 1, samples.shape[0])
+        np.testing.assert_allclose(img.get_fdata()[:, 0, 0, :].T, samples[:, cols], rtol=1e-6)
