@@ -58,6 +58,7 @@ ROWS = [
     ("DPM-Solver++ 20", "dpmsolver++", 20, None),
     ("UniPC 10", "unipc", 10, None),
     ("Heun 10", "heun", 10, None),  # 2nd order: 2 NFE per step but the last, 19 in all
+    ("Heun 50", "heun", 50, None),  # Heun needs ~50 steps from the cosine schedule's sigma_max ~ 2e4
     ("Euler 20", "euler", 20, None),
     # The spacing pipelines saved before train_ldm.py switched to "trailing": few-step solvers start at t < 999.
     ("DDIM 50 leading", "ddim", 50, "leading"),
