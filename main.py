@@ -38,7 +38,7 @@ def evaluation_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py evaluate section", allow_abbrev=False)
     parser.add_argument("--num_samples", type=int, default=None,
                         help="Samples to generate (default: as many as the training split, at least 100).")
-    parser.add_argument("--num_inference_steps", type=int, default=20,
+    parser.add_argument("--num_inference_steps", type=int, default=10,
                         help="Denoising steps when sampling for the evaluation.")
     parser.add_argument("--scheduler", type=str, default="dpmsolver++", choices=list(SCHEDULERS),
                         help="Sampler swapped in for evaluation (built from the pipeline's scheduler config).")
