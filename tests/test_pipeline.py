@@ -311,3 +311,15 @@ def test_reconstruct_rejects_bad_input(samples, kwargs, match):
     exc = TypeError if isinstance(samples, list) else ValueError
     with pytest.raises(exc, match=match):
         make_pipeline().reconstruct(samples, **kwargs)
+
+
+def test_pipeline_with_a_missing_tensor_fails_to_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_pipeline().save_pretrained(tmp_path)
+    weights = tmp_path / "denoiser" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    del state["conv_out.weight"]
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"does not match FMRIDenoiser: missing_keys \(1\): conv_out.weight"):
+        FMRILatentDiffusionPipeline.from_pretrained(tmp_path)
