@@ -232,7 +232,8 @@ def _figures(pipe, fmri, splits, classes, test, vae_rec, pca_rec, generated, run
     idx = np.concatenate([splits["train"], splits["test"]])
     x = torch.from_numpy(np.ascontiguousarray(fmri.data[idx]))
     latents = pipe.vae.encode(pipe.vae.normalize(x).to(pipe.vae.dtype)).latent_dist.mode().float().numpy()
-    color = classes[idx] if classes is not None else (fmri.labels[idx] if fmri.labels is not None else
+    # Colour by the class values the user knows (config["classes"][i] is denoiser class i), else label, else split.
+    color = np.asarray(config["classes"])[classes[idx]] if classes is not None else (fmri.labels[idx] if fmri.labels is not None else
                                                       np.where(np.isin(idx, splits["test"]), "test", "train"))
     add("Latent space (PCA and t-SNE of posterior means)", "latent_space", viz.plot_latent_space, latents,
         labels=color, seed=seed)
