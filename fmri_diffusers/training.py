@@ -409,12 +409,15 @@ def replace_dir(src, dst) -> None:
     """Move the complete folder ``src`` to ``dst``, replacing it.
 
     ``dst`` is first renamed to ``dst.old``: a kill at any moment leaves a complete ``dst`` or a complete
-    ``dst.old`` (and the next call cleans up), never a half-written model.
+    ``dst.old``, never a half-written model. The next call restores a lone ``dst.old`` before going on.
     """
     src, dst = Path(src), Path(dst)
     old = dst.with_name(dst.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        if dst.exists():
+            shutil.rmtree(old)
+        else:  # the last call was killed between its two renames: old is the only complete copy
+            os.replace(old, dst)
     if dst.exists():
         os.replace(dst, old)
     os.replace(src, dst)

@@ -91,6 +91,27 @@ def test_replace_dir_swaps_a_complete_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
 
 
+def test_replace_dir_restores_a_lone_old_copy_before_swapping(tmp_path, monkeypatch):
+    """Killed between the two renames: only dst.old is complete. The next swap must not delete it first."""
+    (tmp_path / "dst.old").mkdir()
+    (tmp_path / "dst.old" / "w").write_text("previous")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "w").write_text("new")
+    calls = []
+    real_replace = os.replace
+
+    def replace_and_record(a, b):
+        calls.append((Path(a).name, Path(b).name))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace_and_record)
+    replace_dir(tmp_path / "new", tmp_path / "dst")
+    monkeypatch.undo()
+    assert calls[0] == ("dst.old", "dst")  # the complete copy is put back before anything is removed
+    assert (tmp_path / "dst" / "w").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
+
+
 def test_metric_log_drops_records_after_the_resume_step(tmp_path):
     path = tmp_path / "train_log.jsonl"
     path.write_text('{"step": 1, "name": "a", "value": 1.0}\n{"step": 3, "name": "a", "value": 3.0}\n{"step": 4, "na')
