@@ -19,7 +19,7 @@ MODEL_CARD_TEMPLATE = """---
 # {{ title }}
 
 A latent diffusion model of fMRI activity patterns, trained with
-[fmri-diffusers](https://github.com/fmri-diffusers/fmri-diffusers): an MLP VAE (`vae/`) maps each pattern of
+fmri-diffusers (the `fmri-diffusers` Python package): an MLP VAE (`vae/`) maps each pattern of
 {{ n_voxels }} voxels to a {{ latent_dim }}-dimensional latent, and a residual-MLP denoiser (`denoiser/`)
 generates latents with a `{{ scheduler }}`.
 
