@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_down
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 # Never uploaded: training state is large, private to the run, and pickled by accelerate.
-UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.pt", "*.pth", "*.bin", "*.pkl", "logs/**", "*.log"]
+NOT_UPLOADED = ("checkpoint-*", "*.pt", "*.pth", "*.bin", "*.pkl", "*.log", "logs")
 
 MODEL_CARD_TEMPLATE = """---
 {{ card_data }}
@@ -112,12 +112,12 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, token: str | 
     repo_id = create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("checkpoint-*", "*.pt", "*.pth", "*.bin", "*.pkl", "logs"))
+                        ignore=shutil.ignore_patterns(*NOT_UPLOADED))
         for cfg in Path(staging).rglob("*.json"):
             data = json.loads(cfg.read_text())
             if isinstance(data, dict) and "_name_or_path" in data:
                 del data["_name_or_path"]
                 cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        info = upload_folder(repo_id=repo_id, folder_path=staging, token=token, ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+        info = upload_folder(repo_id=repo_id, folder_path=staging, token=token,
                              commit_message=commit_message or "Upload fmri-diffusers pipeline")
     return str(getattr(info, "commit_url", info))

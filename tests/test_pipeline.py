@@ -1,6 +1,7 @@
 """FMRILatentDiffusionPipeline: sampling contract, schedulers, guidance, reconstruction, save/load, Hub."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,6 +271,24 @@ def test_push_to_hub_uploads_pipeline_and_card_without_local_paths(tmp_path, mon
     card = files["README.md"]
     assert "library_name: diffusers" in card and "digit69" in card and "| fd | 1.5 |" in card
     assert "fmri" in card and str(tmp_path) not in card
+
+
+def test_push_folder_leaves_training_state_behind(tmp_path, monkeypatch):
+    make_pipeline().save_pretrained(tmp_path)
+    for name in ("checkpoint-5/optimizer.bin", "checkpoint-5/random_states_0.pkl", "logs/train.log", "train.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    uploaded = []
+
+    class Repo:
+        repo_id = "me/fmri-ldm"
+
+    monkeypatch.setattr(hub, "create_repo", lambda repo_id, **kw: Repo())
+    monkeypatch.setattr(hub, "upload_folder", lambda repo_id, folder_path, **kw: uploaded.extend(
+        str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()))
+    hub.push_folder_to_hub(tmp_path, "me/fmri-ldm")
+    assert "model_index.json" in uploaded and "denoiser/diffusion_pytorch_model.safetensors" in uploaded
+    assert not [f for f in uploaded if f.startswith(("checkpoint-", "logs")) or f.endswith((".log", ".bin", ".pkl"))]
 
 
 @pytest.mark.parametrize(
